@@ -136,6 +136,7 @@ class PairedTrainer:
         self._measure(force=True)
 
     def _build_run(self, name: str, config: AdapterConfig) -> AdapterRun:
+        config = with_task_targets(config, self.task)
         model = inject_adapters(self.task.base_model(), config)
         model.to(self.device)
         reset_adapters(model, self.train_config.seed)
@@ -290,6 +291,14 @@ class PairedTrainer:
     def clone_model(self, name: str) -> nn.Module:
         """Return a detached copy of one run's model, for export or generation."""
         return copy.deepcopy(self.runs[name].model)
+
+
+def with_task_targets(config: AdapterConfig, task: Task) -> AdapterConfig:
+    """Fill in the task's default `target_modules` when the config leaves them unset."""
+    default = getattr(task, "target_modules", None)
+    if config.target_modules is None and default is not None:
+        return dataclasses.replace(config, target_modules=default)
+    return config
 
 
 def paired_configs(lora: AdapterConfig, nora: AdapterConfig) -> dict[str, AdapterConfig]:

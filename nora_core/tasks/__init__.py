@@ -1,0 +1,1 @@
+"""Tasks the trainer can run: toy regression and classification tasks, and the task interface."""
