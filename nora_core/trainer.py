@@ -211,7 +211,8 @@ class PairedTrainer:
             row["val_perplexity"] = safe_perplexity(row["val_loss"])
         run.history.append(row)
         if not run.diverged:
-            run.last_finite = {k: v for k, v in row.items() if v is not None}
+            # Merge, so a metric measured only every few steps (val_loss) stays in the summary.
+            run.last_finite.update({k: v for k, v in row.items() if v is not None})
         return row
 
     def _mark_diverged(self, run: AdapterRun, reason: str) -> None:

@@ -1,0 +1,249 @@
+"""The playground's settings form and the list of settings that differ from the running trainer.
+
+Every control is built from a config dataclass (`AdapterConfig`, `TrainConfig` and the
+toy task's config), so ranges, labels and help texts live on the dataclasses. LoRA and
+NoRA share r, lora_alpha, scaling and dropout unless the user asks for a separate NoRA
+rank; LoRA is always linear (identity activation), NoRA has its own activation, dropout
+position and GLU variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import streamlit as st
+
+from nora_core.config import AdapterConfig
+from nora_core.device import available_devices
+from nora_core.fields import field_specs
+from nora_core.tasks.toy import TOY_TASK_DESCRIPTIONS, TOY_TASKS, toy_config_class
+from nora_core.trainer import TrainConfig
+
+from app.ui import session
+from app.ui.widgets import build_config, config_widgets, field_widget, format_number
+
+DEFAULT_TASK = "nonlinear_teacher"
+TASK_LABELS = {
+    "nonlinear_teacher": "non-linear teacher (regression)",
+    "linear_teacher": "linear teacher (regression)",
+    "classification_2d": "2-D classification",
+}
+SHARED_ADAPTER_FIELDS = ("r", "lora_alpha", "scaling", "lora_dropout")
+NORA_FIELDS = ("activation", "dropout_position", "glu_gate")
+MAIN_TRAIN_FIELDS = ("lr", "batch_size", "seed", "device")
+MORE_TRAIN_FIELDS = ("weight_decay", "grad_clip", "eval_every", "spectrum_every")
+
+
+def _task_names() -> list[str]:
+    names = list(TOY_TASKS)
+    if DEFAULT_TASK in names:
+        names.remove(DEFAULT_TASK)
+        names.insert(0, DEFAULT_TASK)
+    return names
+
+
+def _values(config: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in names} if config is not None else {}
+
+
+def task_controls(active: session.PlaygroundSettings | None) -> tuple[str, Any | None]:
+    """Draw the task picker and the chosen task's settings; return the name and config.
+
+    Widgets start at the running trainer's settings, so returning from another page (which
+    drops this page's widget state) does not list phantom changes.
+    """
+    names = _task_names()
+    start = names.index(active.task_name) if active and active.task_name in names else 0
+    name = st.selectbox("task", names, index=start, key="task.name",
+                        format_func=lambda n: TASK_LABELS.get(n, n),
+                        help="The toy problem both adapters learn.")
+    st.caption(TOY_TASK_DESCRIPTIONS.get(name, ""))
+    config_cls = toy_config_class(name)
+    defaults = {}
+    if active is not None and active.task_name == name:
+        defaults = dataclasses.asdict(active.task_config)
+    with st.expander("task settings"):
+        values = config_widgets(config_cls, f"task.{name}", defaults=defaults)
+    return name, build_config(config_cls, values, "Task settings")
+
+
+def adapter_controls(max_rank: int | None, active: session.PlaygroundSettings | None
+                     ) -> tuple[AdapterConfig | None, AdapterConfig | None]:
+    """Draw the shared and the per-method adapter settings; return the LoRA and NoRA configs."""
+    active_lora = active.lora if active else None
+    active_nora = active.nora if active else None
+    shared_defaults = _values(active_lora, SHARED_ADAPTER_FIELDS)
+    if active_lora is not None and active_lora.lora_alpha == active_lora.r:
+        shared_defaults["lora_alpha"] = None  # empty: lora_alpha follows r
+    maxima = {"r": max_rank} if max_rank else None
+
+    separate = st.checkbox("separate rank for NoRA", key="adapter.separate_r",
+                           value=bool(active and active_nora.r != active_lora.r),
+                           help="Give NoRA its own rank r, e.g. to compare NoRA at a small "
+                                "rank with LoRA at a large one.")
+    shared = config_widgets(AdapterConfig, "adapter", include=SHARED_ADAPTER_FIELDS,
+                            defaults=shared_defaults, maxima=maxima,
+                            placeholders={"lora_alpha": "= r (scale 1)"},
+                            labels={"r": "LoRA rank r" if separate else "rank r (both)"})
+    specs = {spec.name: spec for spec in field_specs(AdapterConfig)}
+
+    nora_values = dict(shared)
+    if separate:
+        nora_r = active_nora.r if active_nora is not None else shared["r"]
+        nora_values["r"] = field_widget(specs["r"], "nora.r", default=nora_r,
+                                        maximum=max_rank, label="NoRA rank r")
+    with st.expander("NoRA options", expanded=True):
+        nora_defaults = {"activation": "silu", "dropout_position": "rank"}
+        nora_defaults.update(_values(active_nora, NORA_FIELDS))
+        nora_values.update(config_widgets(
+            AdapterConfig, "nora", include=NORA_FIELDS, defaults=nora_defaults,
+            labels={"activation": "NoRA activation", "dropout_position": "NoRA dropout position"}))
+    with st.expander("LoRA options"):
+        lora_defaults = {"dropout_position": "input"}
+        lora_defaults.update(_values(active_lora, ("dropout_position",)))
+        lora_values = dict(shared)
+        lora_values.update(config_widgets(
+            AdapterConfig, "lora", include=("dropout_position",), defaults=lora_defaults,
+            labels={"dropout_position": "LoRA dropout position"}))
+        st.caption("LoRA keeps the identity activation: with an activation it would be NoRA.")
+
+    lora = build_config(AdapterConfig, {**lora_values, "method": "lora", "activation": "identity"},
+                        "LoRA settings")
+    nora = build_config(AdapterConfig, {**nora_values, "method": "nora"}, "NoRA settings")
+    return lora, nora
+
+
+def train_controls(active: session.PlaygroundSettings | None) -> TrainConfig | None:
+    """Draw the optimiser settings; the device list shows only devices this host has."""
+    present = available_devices()
+    devices = ["cpu", *[d for d in present if d != "cpu"], "auto"]
+    defaults = dataclasses.asdict(active.train) if active else {}
+    values = config_widgets(TrainConfig, "train", include=MAIN_TRAIN_FIELDS, defaults=defaults,
+                            choices={"device": devices})
+    with st.expander("more training settings"):
+        values.update(config_widgets(TrainConfig, "train", include=MORE_TRAIN_FIELDS,
+                                     defaults=defaults))
+    return build_config(TrainConfig, values, "Training settings")
+
+
+def settings_form() -> session.PlaygroundSettings | None:
+    """Draw the whole settings form in the sidebar; return the settings, or None if invalid."""
+    active = session.active_settings()
+    with st.sidebar:
+        st.header("Task")
+        name, task_config = task_controls(active)
+        max_rank = None
+        if task_config is not None:
+            try:
+                max_rank = session.rank_limit(session.task_for(name, task_config))
+            except ValueError as error:
+                st.error(f"Task settings: {error}")
+                task_config = None
+        st.header("Adapters")
+        lora, nora = adapter_controls(max_rank, active)
+        st.header("Training")
+        train = train_controls(active)
+    if None in (task_config, lora, nora, train):
+        return None
+    return session.PlaygroundSettings(name, task_config, lora, nora, train)
+
+
+def _labels(config_cls: type) -> dict[str, str]:
+    return {spec.name: spec.title for spec in field_specs(config_cls)}
+
+
+def _show(value: Any) -> str:
+    if dataclasses.is_dataclass(value):
+        return type(value).__name__
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return format_number(value) if isinstance(value, (int, float)) else str(value)
+
+
+def _alpha_follows_r(config: Any) -> bool:
+    return isinstance(config, AdapterConfig) and config.lora_alpha == config.r
+
+
+def _field_changes(old: Any, new: Any, owner: str) -> list[str]:
+    labels = _labels(type(new))
+    changes = []
+    for field in dataclasses.fields(new):
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if field.name == "lora_alpha" and _alpha_follows_r(old) and _alpha_follows_r(new):
+            # lora_alpha = r before and after: the scale stays 1, and the r change is listed.
+            continue
+        if before != after:
+            label = labels.get(field.name, field.name)
+            changes.append(f"{owner}{label}: {_show(before)} → {_show(after)}")
+    return changes
+
+
+def pending_changes(active: session.PlaygroundSettings,
+                    requested: session.PlaygroundSettings) -> list[str]:
+    """List, as "label: old → new", the settings that differ, except the learning rate.
+
+    The learning rate is left out because it applies to a running trainer at once.
+    """
+    if active.task_name != requested.task_name:
+        old = TASK_LABELS.get(active.task_name, active.task_name)
+        new = TASK_LABELS.get(requested.task_name, requested.task_name)
+        return [f"task: {old} → {new}"]
+    changes = _field_changes(active.task_config, requested.task_config, "task ")
+    changes += _field_changes(active.lora, requested.lora, "LoRA ")
+    changes += _field_changes(active.nora, requested.nora, "NoRA ")
+    train_old = dataclasses.replace(active.train, lr=requested.train.lr)
+    changes += _field_changes(train_old, requested.train, "")
+    return changes
+
+
+def run_buttons(requested: session.PlaygroundSettings | None) -> None:
+    """Draw Play, Pause, Step and Reset (keys `play`, `pause`, `step`, `reset`) and act on them.
+
+    Reset and Step are handled before Play and Pause are drawn, so those two buttons show
+    the state that results from this run.
+    """
+    play, pause, step, reset = st.columns(4)
+    with reset:
+        if st.button("Reset", key="reset", icon=":material/restart_alt:", width="stretch",
+                     help="Rebuild both runs from the current settings, at step 0."):
+            if requested is None:
+                st.session_state[session.BUILD_ERROR] = ("Reset needs valid settings: fix the "
+                                                         "errors shown in the sidebar")
+            else:
+                session.reset(requested)
+    current = session.trainer()
+    with step:
+        eval_every = current.train_config.eval_every if current else 1
+        if st.button("Step", key="step", icon=":material/skip_next:", width="stretch",
+                     disabled=current is None,
+                     help=f"Pause and train {eval_every} steps (one validation point)."):
+            session.set_playing(False)
+            session.train_for(eval_every, None)
+    playing = session.is_playing()
+    finished = current is None or current.finished
+    play.button("Play", key="play", icon=":material/play_arrow:", width="stretch",
+                type="primary", disabled=playing or finished, on_click=session.set_playing,
+                args=(True,), help="Train continuously and update the charts live.")
+    pause.button("Pause", key="pause", icon=":material/pause:", width="stretch",
+                 disabled=not playing, on_click=session.set_playing, args=(False,),
+                 help="Stop training; the runs keep their state.")
+
+
+def settings_notices(requested: session.PlaygroundSettings | None) -> None:
+    """Apply a new learning rate at once and list the changes that wait for Reset."""
+    error = session.build_error()
+    if error:
+        st.error(f"Could not build the runs: {error}")
+    active = session.active_settings()
+    if requested is None or active is None:
+        return
+    old_lr = active.train.lr
+    if session.apply_learning_rate(requested.train.lr):
+        st.success(f"Learning rate {format_number(old_lr)} → {format_number(requested.train.lr)}: "
+                   f"applies now, from step {session.trainer().step + 1} on.")
+    pending = pending_changes(active, requested)
+    if pending:
+        listed = "\n".join(f"- {change}" for change in pending)
+        st.warning("These changes apply on Reset; the runs go on with the old settings "
+                   f"until you press Reset:\n{listed}")
