@@ -39,7 +39,7 @@ _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class ModelLoadError(ValueError):
-    """A model or its tokenizer could not be loaded; the message says why and what to use."""
+    """A model or its tokenizer could not be loaded. The message gives the reason and the fallback."""
 
 
 def tiny_llama_config(
@@ -56,7 +56,7 @@ def tiny_llama_config(
         num_hidden_layers: number of decoder blocks.
         num_attention_heads: attention heads per block (no grouped-query sharing).
         intermediate_size: width of the SwiGLU MLP (about 8/3 · d).
-        max_position_embeddings: longest sequence, in tokens (bytes).
+        max_position_embeddings: maximum sequence length, in tokens (bytes).
     """
     return LlamaConfig(
         vocab_size=BYTE_VOCAB_SIZE,
@@ -115,6 +115,36 @@ def _prepare(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: s
         parameter.requires_grad_(False)
 
 
+def _load_hub_model(
+    name: str, device: str | torch.device, dtype: torch.dtype | None, allow_download: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        return _load_from(name, True, device, dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as local_error:
+        if _is_offline() or not allow_download:
+            reason = (
+                "the Hugging Face hub is unreachable (offline)"
+                if _is_offline()
+                else "downloading from the Hugging Face hub is turned off (allow_download=False)"
+            )
+            raise ModelLoadError(
+                f"Could not load model {name!r}: not found locally and {reason}. {_fallback_hint()}"
+            ) from local_error
+    # NOTE: this download path has no test, because the test machine has no network.
+    logger.info("model %r not in the local cache; trying the Hugging Face hub", name)
+    try:
+        return _load_from(name, False, device, dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as hub_error:
+        raise ModelLoadError(
+            f"Could not load model {name!r}: not found locally and the Hugging Face hub "
+            f"download failed ({hub_error}). {_fallback_hint()}"
+        ) from hub_error
+
+
 def load_base_model(
     name_or_path: str,
     device: str | torch.device = "cpu",
@@ -143,7 +173,7 @@ def load_base_model(
                 f"Could not load model {name!r}: the checkpoint folder {folder} is missing or "
                 "incomplete. Recreate it with `python scripts/pretrain_tiny_lm.py`."
             )
-        source, local_only = str(folder), True
+        source = str(folder)
     elif Path(name).expanduser().exists():
         folder = Path(name).expanduser()
         if not (folder / "config.json").is_file():
@@ -151,38 +181,22 @@ def load_base_model(
                 f"Could not load model {name!r}: the folder has no config.json, so it is not a "
                 f"saved Hugging Face model. {_fallback_hint()}"
             )
-        source, local_only = str(folder), True
+        source = str(folder)
+    elif name.startswith((".", "/", "~", "\\")):
+        # Hub ids never start like a path, so this is a folder that does not exist.
+        raise ModelLoadError(f"Could not load model {name!r}: no such folder. {_fallback_hint()}")
     else:
-        source, local_only = name, True
+        source = ""
 
-    try:
-        model, tokenizer = _load_from(source, local_only, device, dtype)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError, KeyError) as local_error:
-        is_hub_id = source == name and not Path(name).expanduser().exists()
-        if not is_hub_id:
-            raise ModelLoadError(f"Could not load model {name!r}: {local_error}. {_fallback_hint()}") from local_error
-        if _is_offline() or not allow_download:
-            reason = (
-                "the Hugging Face hub is unreachable (offline)"
-                if _is_offline()
-                else "downloading from the Hugging Face hub is turned off"
-            )
-            raise ModelLoadError(
-                f"Could not load model {name!r}: not found locally and {reason}. {_fallback_hint()}"
-            ) from local_error
-        # NOTE: this download path has no test, because the test machine has no network.
-        logger.info("model %r not in the local cache; trying the Hugging Face hub", name)
+    if source:
         try:
-            model, tokenizer = _load_from(source, False, device, dtype)
-        except ModelLoadError:
-            raise
-        except (OSError, ValueError, KeyError) as hub_error:
-            raise ModelLoadError(
-                f"Could not load model {name!r}: not found locally and the Hugging Face hub "
-                f"download failed ({hub_error}). {_fallback_hint()}"
-            ) from hub_error
+            model, tokenizer = _load_from(source, True, device, dtype)
+        except (OSError, ValueError, KeyError) as error:
+            if isinstance(error, ModelLoadError):
+                raise
+            raise ModelLoadError(f"Could not load model {name!r}: {error}. {_fallback_hint()}") from error
+    else:
+        model, tokenizer = _load_hub_model(name, device, dtype, allow_download)
 
     _prepare(model, tokenizer, name)
     n_parameters = sum(p.numel() for p in model.parameters())

@@ -1,4 +1,4 @@
-"""Which linear layers of a causal LM receive adapters: presets and validation of free lists.
+"""Selection of the linear layers of a causal LM that receive adapters: presets and free lists.
 
 A target is a module-name suffix matched at a dot boundary, the rule PEFT applies to a
 list of `target_modules`: "q_proj" matches "model.layers.0.self_attn.q_proj", and

@@ -21,7 +21,7 @@ def load_byte_tokenizer(model_max_length: int = 512, pad_to_eos: bool = False) -
     """Build the byte tokenizer (no download, no files read).
 
     Args:
-        model_max_length: longest sequence the model accepts, stored in the tokenizer config.
+        model_max_length: maximum sequence length the model accepts, stored in the tokenizer config.
         pad_to_eos: use `</s>` as the pad token too, as GPT-2 setups do. Tests use it to
             check that padding never masks a real end-of-sequence label.
     """
