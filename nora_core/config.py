@@ -51,7 +51,9 @@ class AdapterConfig:
                 "r-dim bottleneck).", "label": "method"})
     r: int = field(default=8, metadata={
         "help": "Rank: width of the bottleneck between lora_A and lora_B.",
-        "min": 1, "max": MAX_RANK, "log": True, "label": "rank r"})
+        "min": 1, "max": MAX_RANK, "log": True, "label": "rank r",
+        # torchrun reads a bare `--r` as an abbreviation of its own options; `--rank` is safe.
+        "aliases": ("rank",)})
     lora_alpha: float | None = field(default=None, metadata={
         "help": "Scale numerator; empty means lora_alpha = r.", "min": 0.0,
         "label": "lora_alpha"})

@@ -32,6 +32,7 @@ class FieldSpec:
     log: bool = False
     optional: bool = False
     label: str = ""
+    aliases: tuple[str, ...] = ()
 
     @property
     def title(self) -> str:
@@ -96,6 +97,7 @@ def field_specs(config_cls: type) -> list[FieldSpec]:
                 log=meta.get("log", False),
                 optional=optional,
                 label=meta.get("label", ""),
+                aliases=tuple(meta.get("aliases", ())),
             )
         )
     return specs
@@ -160,7 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type, prefix: str
             kwargs["type"] = _comma_list
         else:
             kwargs["type"] = str
-        parser.add_argument(flag, **kwargs)
+        aliases = ["--" + (prefix + alias).replace("_", "-") for alias in spec.aliases]
+        parser.add_argument(flag, *aliases, **kwargs)
 
 
 def _comma_list(text: str) -> tuple[str, ...]:

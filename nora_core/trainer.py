@@ -63,7 +63,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
-        check_range(owner, "lr", self.lr, 0.0)
+        check_range(owner, "lr", self.lr)
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
         check_range(owner, "batch_size", self.batch_size, 1, 4096, integer=True)
