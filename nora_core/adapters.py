@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -37,11 +38,19 @@ class MergeError(ValueError):
     """Raised when an adapter cannot be folded into its base weight."""
 
 
-@functools.cache
 def _conv1d_class() -> type | None:
+    # A model can only contain Conv1D layers once transformers is imported, and importing
+    # it takes seconds, so toy models never pay for it.
+    if "transformers" not in sys.modules:
+        return None
+    return _import_conv1d()
+
+
+@functools.cache
+def _import_conv1d() -> type | None:
     try:
         from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for toy models
+    except ImportError:
         return None
     return Conv1D
 

@@ -51,7 +51,9 @@ def singular_values(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
         raise NonFiniteError(f"matrix of shape {matrix.shape} contains NaN or infinite values")
     if matrix.size == 0:
         return np.zeros(0)
-    return np.linalg.svd(matrix, compute_uv=False)
+    # torch's SVD obeys torch.set_num_threads, numpy's OpenBLAS starts a thread per core:
+    # on a loaded 2-core machine a (1024, 128) SVD took 3.7 s with numpy and 0.02 s here.
+    return torch.linalg.svdvals(torch.from_numpy(matrix)).numpy()
 
 
 def _nonzero(sv: np.ndarray) -> np.ndarray:
