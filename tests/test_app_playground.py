@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.ui import charts, panels, session
+from app_helpers import wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "app" / "main.py"
@@ -54,15 +55,15 @@ def test_page_play_trains_and_pause_stops():
 
     app.button(key="play").click().run()
     assert not app.exception, app.exception
-    trainer = app.session_state[session.TRAINER]
-    played = trainer.step
-    assert played > 0  # the live fragment trained one time-boxed chunk after drawing
+    trainer = app.session_state[session.RESOURCES].trainer
+    wait_for_step(trainer, 1)  # the training thread trains while the page is shown
     assert app.button(key="pause").disabled is False
 
     app.button(key="pause").click().run()
     assert not app.exception, app.exception
-    assert trainer.step == played
-    assert _step_count(app) == played
+    played = trainer.step
+    assert played > 0
+    assert _step_count(app) == played  # Pause waits for the chunk, then the page redraws
     assert app.button(key="play").disabled is False
 
     app.run()
@@ -123,7 +124,7 @@ def test_learning_rate_applies_now():
     assert not app.exception, app.exception
     assert "applies now" in _texts(app.success)
     assert not app.warning
-    trainer = app.session_state[session.TRAINER]
+    trainer = app.session_state[session.RESOURCES].trainer
     assert trainer.train_config.lr == 0.01
     lrs = {group["lr"] for run in trainer.runs.values() for group in run.optimizer.param_groups}
     assert lrs == {0.01}
@@ -145,7 +146,7 @@ def test_invalid_task_setting_keeps_page_running():
 def test_diverged_lora_reports_and_nora_goes_on():
     app = _start()
     app.button(key="step").click().run()
-    trainer = app.session_state[session.TRAINER]
+    trainer = app.session_state[session.RESOURCES].trainer
     # Adam bounds each update by about lr, so no allowed lr overflows these toy losses
     # within a test. An infinite weight reproduces what a blown-up run looks like.
     trainer.runs["LoRA"].model.layer.lora_B.weight.data.fill_(math.inf)

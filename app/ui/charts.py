@@ -1,5 +1,5 @@
-"""Plotly figures for the playground: loss curves with theory floors, singular-value
-spectra, effective rank over time, and decision regions of the 2-D classifier.
+"""Plotly figures for the playground: loss curves with theory floors and earlier runs,
+singular-value spectra, effective rank over time, and decision regions of the 2-D classifier.
 
 The functions take plain data (metric rows, arrays) and return `go.Figure` objects, so
 they hold no Streamlit state. Non-finite values are dropped, so a diverged run keeps
@@ -26,6 +26,8 @@ MAX_POINTS = 1500
 # Training points drawn over each decision map.
 MAX_SCATTER = 400
 CHART_HEIGHT = 340
+# Opacity of the validation curves of earlier runs, drawn under the live ones.
+PAST_OPACITY = 0.3
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,32 @@ def series(rows: Sequence[Mapping], key: str, *, positive: bool = False,
 
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
-    fig.update_layout(title=title, height=CHART_HEIGHT, margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0),
-                      xaxis_title=x_title, yaxis_title=y_title)
+    fig.update_layout(_layout_spec(title, x_title, y_title))
     return fig
+
+
+def _layout_spec(title: str, x_title: str, y_title: str) -> dict:
+    return {"title": {"text": title}, "height": CHART_HEIGHT,
+            "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
+            "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0},
+            "xaxis": {"title": {"text": x_title}}, "yaxis": {"title": {"text": y_title}}}
+
+
+def _figure(traces: list[dict], layout: dict) -> go.Figure:
+    # One validation of a plain spec with numpy arrays costs a few ms. Building the same
+    # figure with add_trace and update_layout validates every call and took about 10 times
+    # longer, which matters at two redraws per second.
+    return go.Figure({"data": traces, "layout": layout})
+
+
+def _line(steps: Sequence[int], values: Sequence[float], **spec) -> dict:
+    return {"type": "scatter", "x": np.asarray(steps), "y": np.asarray(values, dtype=float),
+            **spec}
 
 
 def loss_figure(histories: Mapping[str, Sequence[Mapping]], floors: Sequence[FloorLine] = (),
                 *, log_y: bool = False, diverged: Mapping[str, int | None] | None = None,
-                y_title: str = "loss") -> go.Figure:
+                y_title: str = "loss", past: Sequence = ()) -> go.Figure:
     """Draw train and validation loss of every run, with the theory floors as dashed lines.
 
     Args:
@@ -87,37 +106,53 @@ def loss_figure(histories: Mapping[str, Sequence[Mapping]], floors: Sequence[Flo
         log_y: use a logarithmic loss axis.
         diverged: run name → step at which it diverged (None if it did not).
         y_title: the loss axis title, e.g. "MSE".
+        past: validation curves of earlier runs (`app.ui.history.PastRun`), drawn dimmed.
     """
-    fig = go.Figure()
+    traces: list[dict] = []
+    shapes: list[dict] = []
     last_step = 1
+    for curve in past:
+        points = [(s, v) for s, v in zip(curve.steps, curve.val_loss) if _finite(v, log_y)]
+        if not points:
+            continue
+        traces.append(_line([s for s, _ in points], [v for _, v in points], mode="lines",
+                            name=curve.label, opacity=PAST_OPACITY, legendgroup="past",
+                            legendrank=2000, line={"color": run_color(curve.run_name),
+                                                   "width": 1.5, "dash": "dot"}))
+        last_step = max(last_step, points[-1][0])
     for index, (name, rows) in enumerate(histories.items()):
         color = run_color(name, index)
         steps, values = series(rows, "train_loss", positive=log_y)
-        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{name} train",
-                                 line=dict(color=color, width=1), opacity=0.45))
+        traces.append(_line(steps, values, mode="lines", name=f"{name} train", opacity=0.45,
+                            line={"color": color, "width": 1}))
         val_steps, val_values = series(rows, "val_loss", positive=log_y)
-        fig.add_trace(go.Scatter(x=val_steps, y=val_values, mode="lines+markers",
-                                 name=f"{name} validation", line=dict(color=color, width=2.5),
-                                 marker=dict(size=4)))
-        last_step = max([last_step, *steps, *val_steps])
+        traces.append(_line(val_steps, val_values, mode="lines+markers",
+                            name=f"{name} validation", line={"color": color, "width": 2.5},
+                            marker={"size": 4}))
+        last_step = max([last_step, *steps[-1:], *val_steps[-1:]])
         at = (diverged or {}).get(name)
         if at is not None:
             last_step = max(last_step, at)
-            fig.add_vline(x=at, line=dict(color=color, dash="dot", width=1))
+            shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at, "x1": at,
+                           "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 1}})
 
     for index, floor in enumerate(floors):
         if not _finite(floor.value, positive=log_y):
             continue
         color, dash = FLOOR_STYLES[index % len(FLOOR_STYLES)]
-        fig.add_trace(go.Scatter(
-            x=[0, last_step], y=[floor.value, floor.value], mode="lines", name=floor.label,
-            line=dict(color=color, dash=dash, width=1.5),
-            hovertemplate=f"{floor.label}: %{{y:.4g}}<extra></extra>"))
+        traces.append(_line([0, last_step], [floor.value, floor.value], mode="lines",
+                            name=floor.label, line={"color": color, "dash": dash, "width": 1.5},
+                            hovertemplate=f"{floor.label}: %{{y:.4g}}<extra></extra>"))
 
-    _layout(fig, "Loss", "step", y_title)
+    layout = _layout_spec("Loss", "step", y_title)
+    layout["shapes"] = shapes
     if log_y:
-        fig.update_yaxes(type="log")
-    return fig
+        layout["yaxis"]["type"] = "log"
+    return _figure(traces, layout)
+
+
+# Horizontal extent of the two panels of the spectra figure, as fractions of its width.
+SPECTRA_DOMAINS = ((0.0, 0.44), (0.56, 1.0))
 
 
 def spectra_figure(output_view: Mapping[str, np.ndarray | None],
@@ -129,30 +164,40 @@ def spectra_figure(output_view: Mapping[str, np.ndarray | None],
             None when there is none: all zero (step 0), non-finite, or not measured yet.
         weight_view: run name → normalised spectrum of ΔW = s·BA (linear adapters only).
     """
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
-        "output view Δy (both)", "weight view ΔW = s·BA (LoRA)"))
+    traces: list[dict] = []
     empty = []
     for column, view in ((1, output_view), (2, weight_view)):
+        axis = "" if column == 1 else "2"
         for index, (name, values) in enumerate(view.items()):
             if values is None or len(values) == 0:
-                empty.append((column, name))
+                empty.append(name)
                 continue
-            fig.add_trace(go.Bar(x=np.arange(1, len(values) + 1), y=values, name=name,
-                                 marker_color=run_color(name, index), opacity=0.8,
-                                 legendgroup=name, showlegend=column == 1),
-                          row=1, col=column)
-    _layout(fig, "Normalised singular values (sum to 1)", "", "")
+            traces.append({"type": "bar", "x": np.arange(1, len(values) + 1),
+                           "y": np.asarray(values, dtype=float), "name": name,
+                           "marker": {"color": run_color(name, index)}, "opacity": 0.8,
+                           "legendgroup": name, "showlegend": column == 1,
+                           "xaxis": f"x{axis}", "yaxis": f"y{axis}"})
+    layout = _layout_spec("Normalised singular values (sum to 1)", "index i", "σᵢ / Σσ")
+    (left_low, left_high), (right_low, right_high) = SPECTRA_DOMAINS
+    layout["xaxis"]["domain"] = [left_low, left_high]
+    layout["xaxis2"] = {"domain": [right_low, right_high], "anchor": "y2",
+                        "title": {"text": "index i"}}
+    layout["yaxis"]["anchor"] = "x"
+    layout["yaxis2"] = {"anchor": "x2"}
+    titles = [(sum(SPECTRA_DOMAINS[0]) / 2, "output view Δy (both)"),
+              (sum(SPECTRA_DOMAINS[1]) / 2, "weight view ΔW = s·BA (LoRA)")]
+    layout["annotations"] = [{"text": text, "x": x, "y": 1.0, "xref": "paper", "yref": "paper",
+                              "xanchor": "center", "yanchor": "bottom", "showarrow": False,
+                              "font": {"size": 14}} for x, text in titles]
     # Below the plots, so it does not collide with the subplot titles.
-    fig.update_layout(barmode="group", bargap=0.15,
-                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0.0))
-    fig.update_xaxes(title_text="index i")
-    fig.update_yaxes(title_text="σᵢ / Σσ", col=1)
+    layout.update(barmode="group", bargap=0.15,
+                  legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0})
     if empty:
-        names = ", ".join(dict.fromkeys(name for _, name in empty))
-        fig.add_annotation(text=f"no spectrum yet: {names}", showarrow=False,
-                           xref="paper", yref="paper", x=1.0, y=-0.3, xanchor="right",
-                           font=dict(size=11))
-    return fig
+        names = ", ".join(dict.fromkeys(empty))
+        layout["annotations"].append({"text": f"no spectrum yet: {names}", "showarrow": False,
+                                      "xref": "paper", "yref": "paper", "x": 1.0, "y": -0.3,
+                                      "xanchor": "right", "font": {"size": 11}})
+    return _figure(traces, layout)
 
 
 def effective_rank_figure(histories: Mapping[str, Sequence[Mapping]],
@@ -167,22 +212,23 @@ def effective_rank_figure(histories: Mapping[str, Sequence[Mapping]],
             "effective_rank_weight".
         ranks: run name → rank r, drawn as a thin line: the most any view can reach.
     """
-    fig = go.Figure()
+    traces: list[dict] = []
     for index, (name, rows) in enumerate(histories.items()):
         color = run_color(name, index)
         steps, values = series(rows, "effective_rank_output", positive=True)
-        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=f"{name} output",
-                                 line=dict(color=color, width=2), marker=dict(size=4)))
+        traces.append(_line(steps, values, mode="lines+markers", name=f"{name} output",
+                            line={"color": color, "width": 2}, marker={"size": 4}))
         steps, values = series(rows, "effective_rank_weight", positive=True)
         if values:
-            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{name} weight",
-                                     line=dict(color=color, width=1.5, dash="dot")))
-    for index, (name, r) in enumerate((ranks or {}).items()):
-        fig.add_hline(y=r, line=dict(color=run_color(name, index), width=0.8, dash="dash"),
-                      opacity=0.5)
-    _layout(fig, "Effective rank", "step", "exp(entropy)")
-    fig.update_yaxes(rangemode="tozero")
-    return fig
+            traces.append(_line(steps, values, mode="lines", name=f"{name} weight",
+                                line={"color": color, "width": 1.5, "dash": "dot"}))
+    layout = _layout_spec("Effective rank", "step", "exp(entropy)")
+    layout["shapes"] = [{"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1,
+                         "y0": r, "y1": r, "opacity": 0.5,
+                         "line": {"color": run_color(name, index), "width": 0.8, "dash": "dash"}}
+                        for index, (name, r) in enumerate((ranks or {}).items())]
+    layout["yaxis"]["rangemode"] = "tozero"
+    return _figure(traces, layout)
 
 
 def decision_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],

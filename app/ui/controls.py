@@ -4,7 +4,10 @@ Every control is built from a config dataclass (`AdapterConfig`, `TrainConfig` a
 toy task's config), so ranges, labels and help texts live on the dataclasses. LoRA and
 NoRA share r, lora_alpha, scaling and dropout unless the user asks for a separate NoRA
 rank; LoRA is always linear (identity activation), NoRA has its own activation, dropout
-position and GLU variant.
+position and GLU variant, and LoRA may have its own lora_alpha (the NoRA paper's baseline
+fixes lora_alpha = 32 for LoRA while NoRA uses scale 1).
+
+Every control is mirrored in the URL (see `app.ui.url_state`), so a link reproduces them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from nora_core.fields import field_specs
 from nora_core.tasks.toy import TOY_TASK_DESCRIPTIONS, TOY_TASKS, toy_config_class
 from nora_core.trainer import TrainConfig
 
-from app.ui import session
-from app.ui.widgets import build_config, config_widgets, field_widget, format_number
+from app.ui import live, session
+from app.ui.widgets import (build_config, config_widgets, field_widget, format_number,
+                            url_checkbox, url_selectbox)
 
 DEFAULT_TASK = "nonlinear_teacher"
 TASK_LABELS = {
@@ -54,10 +58,10 @@ def task_controls(active: session.PlaygroundSettings | None) -> tuple[str, Any |
     drops this page's widget state) does not list phantom changes.
     """
     names = _task_names()
-    start = names.index(active.task_name) if active and active.task_name in names else 0
-    name = st.selectbox("task", names, index=start, key="task.name",
-                        format_func=lambda n: TASK_LABELS.get(n, n),
-                        help="The toy problem both adapters learn.")
+    start = active.task_name if active and active.task_name in names else names[0]
+    name = url_selectbox("task", names, "task.name", default=start,
+                         format_func=lambda n: TASK_LABELS.get(n, n),
+                         help="The toy problem both adapters learn.")
     st.caption(TOY_TASK_DESCRIPTIONS.get(name, ""))
     config_cls = toy_config_class(name)
     defaults = {}
@@ -68,25 +72,51 @@ def task_controls(active: session.PlaygroundSettings | None) -> tuple[str, Any |
     return name, build_config(config_cls, values, "Task settings")
 
 
-def adapter_controls(max_rank: int | None, active: session.PlaygroundSettings | None
+def _alpha_defaults(active: session.PlaygroundSettings | None) -> tuple[float | None, float | None]:
+    """Return the starting shared lora_alpha and LoRA's own lora_alpha (None: empty)."""
+    if active is None:
+        return None, None
+    nora = active.nora
+    shared = None if nora.lora_alpha == nora.r else nora.lora_alpha
+    lora_expected = active.lora.r if shared is None else shared
+    own = None if active.lora.lora_alpha == lora_expected else active.lora.lora_alpha
+    return shared, own
+
+
+def adapter_controls(task: Any | None, active: session.PlaygroundSettings | None
                      ) -> tuple[AdapterConfig | None, AdapterConfig | None]:
-    """Draw the shared and the per-method adapter settings; return the LoRA and NoRA configs."""
+    """Draw the shared and the per-method adapter settings; return the LoRA and NoRA configs.
+
+    Args:
+        task: the toy task, to bound r by the targeted layers' width; None if invalid.
+        active: the running trainer's settings, where the widgets start.
+    """
     active_lora = active.lora if active else None
     active_nora = active.nora if active else None
+    specs = {spec.name: spec for spec in field_specs(AdapterConfig)}
+
+    with st.expander("target layers"):
+        default_targets = getattr(task, "target_modules", None)
+        shown = ", ".join(default_targets) if default_targets else "every linear layer"
+        targets = field_widget(specs["target_modules"], "adapter.target_modules",
+                               default=active_lora.target_modules if active_lora else None,
+                               placeholder=f"task default: {shown}")
+    max_rank = session.rank_limit(task, targets) if task is not None else None
+
     shared_defaults = _values(active_lora, SHARED_ADAPTER_FIELDS)
-    if active_lora is not None and active_lora.lora_alpha == active_lora.r:
-        shared_defaults["lora_alpha"] = None  # empty: lora_alpha follows r
+    shared_alpha, lora_alpha = _alpha_defaults(active)
+    shared_defaults["lora_alpha"] = shared_alpha
     maxima = {"r": max_rank} if max_rank else None
 
-    separate = st.checkbox("separate rank for NoRA", key="adapter.separate_r",
-                           value=bool(active and active_nora.r != active_lora.r),
-                           help="Give NoRA its own rank r, e.g. to compare NoRA at a small "
-                                "rank with LoRA at a large one.")
+    separate = url_checkbox("separate rank for NoRA", "adapter.separate_r",
+                            default=bool(active and active_nora.r != active_lora.r),
+                            help="Give NoRA its own rank r, e.g. to compare NoRA at a small "
+                                 "rank with LoRA at a large one.")
     shared = config_widgets(AdapterConfig, "adapter", include=SHARED_ADAPTER_FIELDS,
                             defaults=shared_defaults, maxima=maxima,
                             placeholders={"lora_alpha": "= r (scale 1)"},
                             labels={"r": "LoRA rank r" if separate else "rank r (both)"})
-    specs = {spec.name: spec for spec in field_specs(AdapterConfig)}
+    shared["target_modules"] = targets
 
     nora_values = dict(shared)
     if separate:
@@ -106,7 +136,14 @@ def adapter_controls(max_rank: int | None, active: session.PlaygroundSettings | 
         lora_values.update(config_widgets(
             AdapterConfig, "lora", include=("dropout_position",), defaults=lora_defaults,
             labels={"dropout_position": "LoRA dropout position"}))
-        st.caption("LoRA keeps the identity activation: with an activation it would be NoRA.")
+        own_alpha = field_widget(specs["lora_alpha"], "lora.lora_alpha", default=lora_alpha,
+                                 label="LoRA's own lora_alpha",
+                                 placeholder="empty: the shared lora_alpha")
+        if own_alpha is not None:
+            lora_values["lora_alpha"] = own_alpha
+        st.caption("LoRA keeps the identity activation: with an activation it would be NoRA. "
+                   "Its own lora_alpha reproduces baselines such as lora_alpha = 32 at every "
+                   "rank, where the scale is 32 / r.")
 
     lora = build_config(AdapterConfig, {**lora_values, "method": "lora", "activation": "identity"},
                         "LoRA settings")
@@ -127,21 +164,26 @@ def train_controls(active: session.PlaygroundSettings | None) -> TrainConfig | N
     return build_config(TrainConfig, values, "Training settings")
 
 
-def settings_form() -> session.PlaygroundSettings | None:
-    """Draw the whole settings form in the sidebar; return the settings, or None if invalid."""
-    active = session.active_settings()
+def settings_form(use_running: bool = True) -> session.PlaygroundSettings | None:
+    """Draw the whole settings form in the sidebar; return the settings, or None if invalid.
+
+    Args:
+        use_running: start the widgets at the running trainer's settings where the URL
+            has no value. False starts them at the declared defaults, as a lesson needs.
+    """
+    active = session.active_settings() if use_running else None
     with st.sidebar:
         st.header("Task")
         name, task_config = task_controls(active)
-        max_rank = None
+        task = None
         if task_config is not None:
             try:
-                max_rank = session.rank_limit(session.task_for(name, task_config))
+                task = session.task_for(name, task_config)
             except ValueError as error:
                 st.error(f"Task settings: {error}")
                 task_config = None
         st.header("Adapters")
-        lora, nora = adapter_controls(max_rank, active)
+        lora, nora = adapter_controls(task, active)
         st.header("Training")
         train = train_controls(active)
     if None in (task_config, lora, nora, train):
@@ -203,15 +245,19 @@ def run_buttons(requested: session.PlaygroundSettings | None) -> None:
     Reset and Step are handled before Play and Pause are drawn, so those two buttons show
     the state that results from this run.
     """
+    if not session.is_playing():
+        session.resources().waiting = None  # a Step that waited is retried by Step
     play, pause, step, reset = st.columns(4)
     with reset:
         if st.button("Reset", key="reset", icon=":material/restart_alt:", width="stretch",
-                     help="Rebuild both runs from the current settings, at step 0."):
+                     help="Start both runs again from the current settings, at step 0. "
+                          "The old curves stay on the loss chart, dimmed."):
             if requested is None:
                 st.session_state[session.BUILD_ERROR] = ("Reset needs valid settings: fix the "
                                                          "errors shown in the sidebar")
             else:
                 session.reset(requested)
+                session.resources().freed_reason = None
     current = session.trainer()
     with step:
         eval_every = current.train_config.eval_every if current else 1
@@ -219,7 +265,7 @@ def run_buttons(requested: session.PlaygroundSettings | None) -> None:
                      disabled=current is None,
                      help=f"Pause and train {eval_every} steps (one validation point)."):
             session.set_playing(False)
-            session.train_for(eval_every, None)
+            live.train_for(eval_every, None)
     playing = session.is_playing()
     finished = current is None or current.finished
     play.button("Play", key="play", icon=":material/play_arrow:", width="stretch",

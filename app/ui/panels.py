@@ -1,4 +1,4 @@
-"""The playground's live panel: status, divergence notices, metrics and charts.
+"""The playground's live panel: status, notices, metrics, and the charts with the run history.
 
 Everything here reads the trainer from session state and draws it; nothing trains.
 """
@@ -13,8 +13,8 @@ from nora_core.fields import field_specs
 from nora_core.spectra import average_normalised_spectrum
 from nora_core.trainer import PairedTrainer, TrainConfig
 
-from app.ui import charts, session
-from app.ui.widgets import format_number, log_grid
+from app.ui import charts, classroom, live, session
+from app.ui.widgets import format_number, log_grid, url_checkbox
 
 DECISION_RESOLUTION = 70
 LOSS_TITLES = {"linear_teacher": "MSE", "nonlinear_teacher": "MSE",
@@ -78,10 +78,14 @@ def _last(rows: list[dict], key: str) -> float | None:
 
 
 def _status(trainer: PairedTrainer) -> None:
-    rate = session.steps_per_second()
-    state = "playing" if session.is_playing() else "paused"
+    rate = live.steps_per_second()
+    if session.is_playing():
+        state = "waiting for a slot" if session.waiting_message() else "playing"
+    else:
+        state = "paused"
     speed = f" · {rate:.0f} steps/s" if rate else ""
     st.markdown(f"**step {trainer.step}** · {state}{speed} · device `{trainer.device}`")
+    st.caption(classroom.status_line())
 
 
 def _metrics(trainer: PairedTrainer) -> None:
@@ -127,15 +131,13 @@ def _decision_regions(trainer: PairedTrainer) -> None:
     st.plotly_chart(charts.decision_figure(panels, points, labels), key="chart_decision")
 
 
-def render_live() -> None:
-    """Draw the trainer's state: status, notices, metrics, loss, spectra, effective rank."""
-    trainer = session.trainer()
-    settings = session.active_settings()
-    if trainer is None or settings is None:
-        st.info("No trainer yet: fix the settings shown in red in the sidebar.")
-        return
-
-    _status(trainer)
+def _notices(trainer: PairedTrainer, settings: session.PlaygroundSettings) -> None:
+    freed = session.resources().freed_reason
+    if freed:
+        st.info(f"The server freed this tab's earlier run because {freed}; its curves are in "
+                "the run history. These runs start again at step 0.")
+    if session.stop_note():
+        st.info(session.stop_note(), icon=":material/flag:")
     if session.train_error():
         st.error(f"{session.train_error()}. Press Reset to start again.")
     for name, run in trainer.runs.items():
@@ -145,15 +147,41 @@ def render_live() -> None:
     if trainer.step == 0 and not session.is_playing():
         st.info("Press Play to train both adapters live, or Step to train "
                 f"{settings.train.eval_every} steps.")
-    _metrics(trainer)
 
+
+def _loss_chart(trainer: PairedTrainer, settings: session.PlaygroundSettings) -> None:
     histories = {name: run.history for name, run in trainer.runs.items()}
     diverged = {name: run.diverged_at for name, run in trainer.runs.items()}
-    log_y = st.toggle("log-scale loss axis", key="log_y")
+    past = session.resources().history.curves(settings.task_name)
+    left, right = st.columns([3, 1])
+    with left:
+        log_y = url_checkbox("log-scale loss axis", "log_y", default=False, toggle=True)
+    with right:
+        st.button("Clear history", key="clear_history", icon=":material/delete_sweep:",
+                  disabled=not past, on_click=session.clear_history,
+                  help="Remove the dimmed curves of earlier runs from the loss chart.")
     figure = charts.loss_figure(histories, floor_lines(trainer, settings), log_y=log_y,
-                                diverged=diverged,
+                                diverged=diverged, past=past,
                                 y_title=LOSS_TITLES.get(settings.task_name, "loss"))
     st.plotly_chart(figure, key="chart_loss")
+    if past:
+        size = classroom.limits().history_size
+        st.caption(f"Dimmed: validation curves of earlier runs on this task (the last {size} "
+                   "runs are kept; Reset adds the current one).")
+
+
+def render_live() -> None:
+    """Draw the trainer's state: status, notices, metrics, loss, spectra, effective rank."""
+    trainer = session.trainer()
+    settings = session.active_settings()
+    if trainer is None or settings is None:
+        st.info("No trainer yet: fix the settings shown in red in the sidebar.")
+        return
+
+    _status(trainer)
+    _notices(trainer, settings)
+    _metrics(trainer)
+    _loss_chart(trainer, settings)
 
     if hasattr(trainer.task, "decision_grid"):
         _decision_regions(trainer)
@@ -162,6 +190,7 @@ def render_live() -> None:
     with left:
         _spectra(trainer)
     with right:
+        histories = {name: run.history for name, run in trainer.runs.items()}
         ranks = {name: run.config.r for name, run in trainer.runs.items()}
         st.plotly_chart(charts.effective_rank_figure(histories, ranks), key="chart_rank")
 

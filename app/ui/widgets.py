@@ -4,6 +4,10 @@ Every control comes from a `FieldSpec` (see `nora_core.fields.field_specs`): cho
 select boxes, log-scaled numbers become select sliders over a 1-2-3-5 grid (powers of two
 for integers), bounded numbers become sliders or number inputs, and optional fields accept
 an empty value. Ranges, labels and help texts are declared once, on the dataclass.
+
+Every control is mirrored in the page URL (see `app.ui.url_state`): it starts from a valid
+query parameter of its key when there is one, and writes its value back, so a copied link
+reopens the page with the same settings.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from nora_core.fields import FieldSpec, field_specs
+
+from app.ui import url_state
 
 ConfigT = TypeVar("ConfigT")
 
@@ -117,14 +123,25 @@ def field_widget(spec: FieldSpec, key: str, *, default: Any = None,
         placeholder: the grey text of an empty optional number, e.g. "= r".
         disabled: draw the control greyed out.
     """
-    value = spec.default if default is None else default
+    declared = spec.default if default is None else default
     title = label or spec.title
     high = spec.maximum if maximum is None else min(maximum, spec.maximum or maximum)
+    value = url_state.initial_value(
+        key, declared, lambda text: url_state.decode(spec, text, choices=choices, maximum=high),
+        title)
     tip = help_text(spec, high)
-    common = {"key": key, "help": tip, "disabled": disabled}
+    common = {"key": key, "help": tip, "disabled": disabled,
+              "on_change": url_state.forget_warning, "args": (key,)}
     if placeholder is not None:
         common["placeholder"] = placeholder
+    result = _draw(spec, title, value, high, choices, common)
+    url_state.show_warning(key)
+    url_state.remember(key, result)
+    return result
 
+
+def _draw(spec: FieldSpec, title: str, value: Any, high: float | None,
+          choices: Sequence[Any] | None, common: dict[str, Any]) -> Any:
     if spec.kind == "choice":
         common.pop("placeholder", None)
         options = list(choices if choices is not None else spec.choices)
@@ -155,8 +172,11 @@ def _number_widget(spec: FieldSpec, title: str, value: Any, high: float | None,
     cast = int if integer else float
     low = spec.minimum
 
-    if value is None:
-        # An optional number starts empty, and the field's help explains what empty means.
+    if spec.optional:
+        # Streamlit lets a user empty a number input only when its default is None, so a
+        # starting number goes in through session state. The help explains what empty means.
+        if value is not None and common["key"] not in st.session_state:
+            st.session_state[common["key"]] = cast(value)
         bounds = {}
         if low is not None:
             bounds["min_value"] = cast(low)
@@ -197,6 +217,48 @@ def _number_widget(spec: FieldSpec, title: str, value: Any, high: float | None,
     step = 1 if integer else 0.1
     return st.number_input(title, value=start, step=step, format=None if integer else "%g",
                            **bounds, **common)
+
+
+def url_selectbox(label: str, options: Sequence[Any], key: str, *, default: Any,
+                  format_func=str, help: str | None = None) -> Any:
+    """Draw a select box that is not built from a field, mirrored in the URL like the others.
+
+    Args:
+        label: the widget label.
+        options: the values to choose from.
+        key: the widget key and query parameter name.
+        default: the starting value without a valid URL parameter.
+        format_func: turns an option into its displayed text.
+        help: the tooltip.
+    """
+    start = url_state.initial_value(key, default,
+                                    lambda text: url_state.decode_choice(text, options), label)
+    index = list(options).index(start) if start in options else 0
+    value = st.selectbox(label, options, index=index, key=key, format_func=format_func,
+                         help=help, on_change=url_state.forget_warning, args=(key,))
+    url_state.show_warning(key)
+    url_state.remember(key, value)
+    return value
+
+
+def url_checkbox(label: str, key: str, *, default: bool, help: str | None = None,
+                 toggle: bool = False) -> bool:
+    """Draw a checkbox (or a toggle) that is not built from a field, mirrored in the URL.
+
+    Args:
+        label: the widget label.
+        key: the widget key and query parameter name.
+        default: the starting value without a valid URL parameter.
+        help: the tooltip.
+        toggle: draw a toggle switch instead of a checkbox.
+    """
+    start = url_state.initial_value(key, default, url_state.decode_bool, label)
+    draw = st.toggle if toggle else st.checkbox
+    value = draw(label, value=bool(start), key=key, help=help,
+                 on_change=url_state.forget_warning, args=(key,))
+    url_state.show_warning(key)
+    url_state.remember(key, value)
+    return value
 
 
 def config_widgets(config_cls: type, prefix: str, *, include: Sequence[str] | None = None,
