@@ -1,7 +1,7 @@
 """Entry point of the NoRA Lab app: `streamlit run app/main.py`.
 
 Sets the page config and the navigation. A page is listed once its file exists under
-app/pages, so adding a page is one line in `PAGES`.
+app/views, so adding a page is one line in `PAGES`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-# (file under app/pages, title, Material icon); the first existing page is the default.
+# Page files live in app/views, not app/pages: Streamlit treats a folder named "pages"
+# beside the entry script as an old-style page list and serves deep links from it
+# before this script has run.
+# (file under app/views, title, Material icon); the first existing page is the default.
 PAGES = [
     ("playground.py", "Playground", ":material/science:"),
     ("sweep.py", "Rank sweep", ":material/stacked_line_chart:"),
@@ -28,8 +31,8 @@ PAGES = [
 
 def available_pages() -> list[st.Page]:
     """Return an `st.Page` for every entry of `PAGES` whose file exists."""
-    existing = [(APP_DIR / "pages" / name, title, icon) for name, title, icon in PAGES
-                if (APP_DIR / "pages" / name).is_file()]
+    existing = [(APP_DIR / "views" / name, title, icon) for name, title, icon in PAGES
+                if (APP_DIR / "views" / name).is_file()]
     return [st.Page(path, title=title, icon=icon, default=index == 0)
             for index, (path, title, icon) in enumerate(existing)]
 

@@ -5,7 +5,7 @@ else `nora_lab.toml` in the working directory, else the defaults below. Example:
 
     [limits]
     max_concurrent_runs = 4
-    max_steps = 5000
+    max_steps = 20000
     max_upload_mb = 5
     cpu_threads_per_run = 1
 
@@ -40,7 +40,7 @@ class ServerLimits:
     max_concurrent_runs: int = field(default=4, metadata={
         "help": "Sessions that may train at the same time; the others wait with a message.",
         "min": 1, "max": 256, "unit": "sessions"})
-    max_steps: int = field(default=5000, metadata={
+    max_steps: int = field(default=20000, metadata={
         "help": "Training steps one run may take before it stops.", "min": 1,
         "max": 10_000_000, "unit": "steps"})
     max_upload_mb: float = field(default=5.0, metadata={

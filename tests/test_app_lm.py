@@ -17,7 +17,7 @@ from app.ui.lm_spectra import (MAX_SNAPSHOTS, SpectrumSnapshot, append_snapshot,
                                rank_grid)
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "app" / "pages" / "lm.py"
+PAGE = ROOT / "app" / "views" / "lm.py"
 # The first run imports torch and transformers and builds the task. After that, a Step of
 # 10 small steps takes a few seconds on a busy 2-core machine.
 TIMEOUT = 240

@@ -98,7 +98,7 @@ def test_widgets_restart_from_running_settings(tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "import streamlit as st\n"
-        f"st.navigation([st.Page({str(ROOT / 'app' / 'pages' / 'playground.py')!r}, default=True),\n"
+        f"st.navigation([st.Page({str(ROOT / 'app' / 'views' / 'playground.py')!r}, default=True),\n"
         "               st.Page('other.py')]).run()\n")
     app = AppTest.from_file(str(tmp_path / "main.py"), default_timeout=TIMEOUT)
     app.run()
@@ -106,7 +106,7 @@ def test_widgets_restart_from_running_settings(tmp_path):
     app.button(key="step").click().run()
 
     app.switch_page("other.py").run()
-    app.switch_page(str(ROOT / "app" / "pages" / "playground.py")).run()
+    app.switch_page(str(ROOT / "app" / "views" / "playground.py")).run()
 
     assert not app.exception, app.exception
     assert app.select_slider(key="adapter.r").value == 16

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "sweep.py"
+PAGE = Path(__file__).resolve().parents[1] / "app" / "views" / "sweep.py"
 # The first run imports torch and the tasks; the small sweep itself takes about a second.
 TIMEOUT = 180
 

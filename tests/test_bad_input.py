@@ -13,7 +13,7 @@ from nora_core.lm.upload import UploadError, parse_upload
 
 from app.ui import classroom
 
-LM_PAGE = ROOT / "app" / "pages" / "lm.py"
+LM_PAGE = ROOT / "app" / "views" / "lm.py"
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ lm_page = pytest.mark.skipif(not LM_PAGE.is_file(), reason="the Language model p
 
 def _lm_app():
     app = start()
-    app.switch_page("pages/lm.py").run()
+    app.switch_page("views/lm.py").run()
     assert not app.exception, app.exception
     return app
 

@@ -51,13 +51,13 @@ def test_unknown_lesson_lists_known():
 
 
 def _open_lesson(app, lesson_id):
-    app.switch_page("pages/lessons.py").run()
+    app.switch_page("views/lessons.py").run()
     assert not app.exception, app.exception
     app.button(key=f"lesson.start.{lesson_id}").click().run()
     assert not app.exception, app.exception
     # The click's run ends on the Playground, but AppTest reruns the page that its own
     # switch_page chose last. Pointing it at the Playground keeps later runs there.
-    app.switch_page("pages/playground.py")
+    app.switch_page("views/playground.py")
     return app
 
 

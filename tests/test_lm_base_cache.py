@@ -17,7 +17,7 @@ from app.ui import lm_session
 from nora_core.adapters import adapter_layers
 from nora_core.lm import BUNDLED_MODEL, cached_base_model, load_base_model
 
-PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "lm.py"
+PAGE = Path(__file__).resolve().parents[1] / "app" / "views" / "lm.py"
 TIMEOUT = 240
 SMALL = {"lm.train.batch_size": "4", "lm.task.seq_len": "64", "lm.task.n_val": "8",
          "lm.task.spectrum_examples": "4"}

@@ -18,7 +18,7 @@ from app.ui import url_state
 LESSON_PARAM = "lesson"
 # Session-state entry: the id of a lesson whose settings are still to be applied.
 PENDING = "lesson_pending"
-PAGE_FILES = {"playground": "pages/playground.py"}
+PAGE_FILES = {"playground": "views/playground.py"}
 
 
 def _settings_text(lesson: Lesson) -> str:
