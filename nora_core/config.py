@@ -41,8 +41,8 @@ class AdapterConfig:
     `lora_alpha=None` means `lora_alpha = r`, so the scale is 1 with "alpha_over_r".
     `activation=None` and `dropout_position=None` take the method's default:
     identity and "input" for LoRA, SiLU and "rank" for NoRA.
-    `target_modules=None` targets every linear layer except an `lm_head`; a tuple matches
-    module names equal to an entry or ending in "." + entry; a string is a regular
+    `target_modules=None` targets every linear layer except an `lm_head`. A tuple matches
+    module names equal to an entry or ending in "." + entry. A string is a regular
     expression that must match the whole module name.
     """
 
@@ -109,7 +109,7 @@ class AdapterConfig:
         return self.activation == "identity" and not self.glu_gate
 
     def label(self) -> str:
-        """A short name for legends, e.g. "NoRA r=4 silu"."""
+        """Return a short name for legends, e.g. "NoRA r=4 silu"."""
         name = "LoRA" if self.method == "lora" else "NoRA"
         text = f"{name} r={self.r}"
         if self.activation != DEFAULT_ACTIVATION[self.method]:

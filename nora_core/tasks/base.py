@@ -16,7 +16,7 @@ Batch = dict[str, torch.Tensor]
 
 @runtime_checkable
 class Task(Protocol):
-    """What a trainable task provides. Toy tasks and language-model tasks both implement it."""
+    """The interface of a trainable task, implemented by toy and language-model tasks."""
 
     name: str
     kind: str  # "toy" or "lm"
@@ -44,6 +44,6 @@ class Task(Protocol):
     def floor(self, r: int | None) -> float | None:
         """Return the theory floor of the validation loss at rank `r`, or None if none is known.
 
-        `r=None` asks for the rank-independent floor (for example the linear ceiling).
+        `r=None` requests the rank-independent floor (for example the linear ceiling).
         """
         ...
