@@ -59,3 +59,25 @@ def test_page_empty_ranks_shows_error():
     assert not app.exception, app.exception
     assert any("ranks" in e.value for e in app.error)
     assert len(app.get("plotly_chart")) == 0
+
+
+def test_link_sets_ranks_and_seeds():
+    app = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT)
+    app.query_params["sweep.linear_ceiling.ranks"] = "1,4"
+    app.query_params["sweep.linear_ceiling.seeds"] = "2"
+    app.run()
+
+    assert not app.exception, app.exception
+    assert app.multiselect(key="sweep.linear_ceiling.ranks").value == [1, 4]
+    assert app.number_input(key="sweep.linear_ceiling.seeds").value == 2
+    assert app.query_params["sweep.preset"] == "linear_ceiling"
+
+
+def test_bad_link_ranks_fall_back():
+    app = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT)
+    app.query_params["sweep.linear_ceiling.ranks"] = "3,abc"
+    app.run()
+
+    assert not app.exception, app.exception
+    assert "sweep.linear_ceiling.ranks='3,abc' is invalid" in app.warning[0].value
+    assert app.multiselect(key="sweep.linear_ceiling.ranks").value == [1, 2, 4, 8, 16, 32, 64]

@@ -281,5 +281,6 @@ def status_line() -> str:
     slots = run_slots()
     rss = monitor.rss_bytes()
     memory = "" if rss is None else f" · server memory {rss / 2**30:.2f} GB"
+    sessions = len(registry())
     return (f"Server: {slots.holders()} of {slots.capacity} training slots in use · "
-            f"{len(registry())} sessions{memory}")
+            f"{sessions} session{'' if sessions == 1 else 's'}{memory}")

@@ -8,7 +8,7 @@ import time
 
 import streamlit as st
 
-from app.ui import widgets
+from app.ui import url_state, widgets
 from nora_core.fields import field_specs
 from nora_core.sweep import SweepConfig, run_sweep, summarise
 from nora_core.sweep_presets import PRESETS
@@ -18,8 +18,28 @@ RESULT = "sweep.result"
 RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SPECS = {spec.name: spec for spec in field_specs(SweepConfig)}
 
+
+
+def parse_ranks(text: str, options: list[int]) -> list[int]:
+    """Parse a comma-separated rank list from the URL; only offered ranks are valid."""
+    ranks = [int(item) for item in text.split(",") if item.strip()]
+    invalid = [r for r in ranks if r not in options]
+    if not ranks or invalid:
+        raise ValueError(f"ranks must be among {', '.join(map(str, options))}")
+    return ranks
+
+
+def parse_seed_count(text: str) -> int:
+    """Parse the number of seeds from the URL: an integer from 1 to 10."""
+    count = int(text)
+    if not 1 <= count <= 10:
+        raise ValueError("the number of seeds must be from 1 to 10")
+    return count
+
+
 st.title("Rank sweep: the linear ceiling, measured")
-name = st.selectbox("Preset", list(PRESETS), format_func=lambda n: PRESETS[n].title, key="sweep.preset")
+name = widgets.url_selectbox("Preset", list(PRESETS), "sweep.preset", default=list(PRESETS)[0],
+                             format_func=lambda n: PRESETS[n].title)
 preset = PRESETS[name]
 base = preset.config()
 st.markdown(preset.explanation)
@@ -27,11 +47,21 @@ st.markdown(preset.explanation)
 # Widget keys carry the preset name, so each preset starts from its own values.
 left, middle, right = st.columns(3)
 with left:
-    ranks = st.multiselect("ranks r", sorted(set(RANK_CHOICES) | set(base.ranks)),
-                           default=list(base.ranks), key=f"sweep.{name}.ranks",
-                           help=SPECS["ranks"].help)
-    seeds = st.number_input("seeds", min_value=1, max_value=10, value=len(base.seeds),
-                            key=f"sweep.{name}.seeds", help=SPECS["seeds"].help)
+    rank_options = sorted(set(RANK_CHOICES) | set(base.ranks))
+    ranks_key, seeds_key = f"sweep.{name}.ranks", f"sweep.{name}.seeds"
+    ranks = st.multiselect("ranks r", rank_options,
+                           default=url_state.initial_value(
+                               ranks_key, list(base.ranks),
+                               lambda text: parse_ranks(text, rank_options), "ranks r"),
+                           key=ranks_key, help=SPECS["ranks"].help)
+    url_state.show_warning(ranks_key)
+    url_state.remember(ranks_key, ranks)
+    seeds = st.number_input("seeds", min_value=1, max_value=10,
+                            value=url_state.initial_value(seeds_key, len(base.seeds),
+                                                          parse_seed_count, "seeds"),
+                            key=seeds_key, help=SPECS["seeds"].help)
+    url_state.show_warning(seeds_key)
+    url_state.remember(seeds_key, seeds)
 with middle:
     steps = widgets.field_widget(SPECS["steps"], f"sweep.{name}.steps", default=base.steps)
     lr = widgets.field_widget(SPECS["lr"], f"sweep.{name}.lr", default=base.lr)
