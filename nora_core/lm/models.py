@@ -127,7 +127,8 @@ def _load_hub_model(
             reason = (
                 "the Hugging Face hub is unreachable (offline)"
                 if _is_offline()
-                else "downloading from the Hugging Face hub is turned off (allow_download=False)"
+                else "downloading from the Hugging Face hub is turned off (start the app with "
+                f"{DOWNLOAD_ENV}=1, or pass --allow-download to the command line)"
             )
             raise ModelLoadError(
                 f"Could not load model {name!r}: not found locally and {reason}. {_fallback_hint()}"
@@ -143,6 +144,14 @@ def _load_hub_model(
             f"Could not load model {name!r}: not found locally and the Hugging Face hub "
             f"download failed ({hub_error}). {_fallback_hint()}"
         ) from hub_error
+
+
+DOWNLOAD_ENV = "NORA_LAB_ALLOW_DOWNLOAD"
+
+
+def downloads_allowed() -> bool:
+    """Return True when the environment lets the app fetch hub models (`NORA_LAB_ALLOW_DOWNLOAD=1`)."""
+    return os.environ.get(DOWNLOAD_ENV) == "1"
 
 
 def load_base_model(

@@ -27,7 +27,7 @@ from nora_core.fields import check_choice, check_range
 from nora_core.lm.batches import Batch, causal_lm_loss, collate_examples, encode_prompt_response, window_batch
 from nora_core.lm.corpus import COMEDIES, WindowSampler, load_play_splits, tiled_windows
 from nora_core.lm.generation import generate
-from nora_core.lm.models import BUNDLED_MODEL, load_base_model
+from nora_core.lm.models import BUNDLED_MODEL, downloads_allowed, load_base_model
 from nora_core.lm.procedures import PROCEDURES, extract_answer, generate_examples
 from nora_core.lm.upload import DEFAULT_MAX_UPLOAD_BYTES, UploadError, parse_upload
 
@@ -94,7 +94,8 @@ def cached_base_model(name: str, device: str = "cpu", dtype: str = "float32") ->
     key = (name, str(device), dtype)
     with _BASE_CACHE_LOCK:
         if key not in _BASE_CACHE:
-            _BASE_CACHE[key] = load_base_model(name, device=device, dtype=getattr(torch, dtype))
+            _BASE_CACHE[key] = load_base_model(name, device=device, dtype=getattr(torch, dtype),
+                                               allow_download=downloads_allowed())
         return _BASE_CACHE[key]
 
 
