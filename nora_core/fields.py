@@ -1,7 +1,7 @@
 """Describe the fields of a config dataclass so that widgets and CLI flags come from one place.
 
 Each config dataclass declares its fields with `metadata={"help": ..., "min": ..., ...}`.
-`field_specs` turns those declarations into `FieldSpec` records; the Streamlit pages build
+`field_specs` turns those declarations into `FieldSpec` records. The Streamlit pages build
 their controls from them and `add_arguments` builds argparse flags from them, so a choice,
 a range or a help text is written once.
 """

@@ -33,7 +33,7 @@ MAX_OUTPUT_ROWS = 4096
 
 
 class NonFiniteError(ValueError):
-    """Raised when a matrix holds NaN or infinite values, so it has no spectrum."""
+    """Raised when a matrix contains NaN or infinite values, so it has no spectrum."""
 
 
 def singular_values(matrix: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Train several adapters on one task side by side, on the same seed and the same batches.
 
-`PairedTrainer` holds one run per adapter config (normally a LoRA run and a NoRA run). Each
+`PairedTrainer` keeps one run per adapter config (normally a LoRA run and a NoRA run). Each
 call to `advance` draws one batch per step and feeds it to every live run, so the curves
 differ only by the adapter. A run whose loss turns non-finite stops and is marked
 diverged; the others go on. The trainer knows nothing of any UI: it returns metric rows.

@@ -10,7 +10,7 @@ from nora_core import (AdapterConfig, AdapterLayer, MergeError, adapter_paramete
                        inject_adapters, merge_adapters, unmerge_adapters)
 from nora_core.adapters import reset_adapters
 
-# float32 matmuls of width ≤ 64 agree to about 1e-6 relative; merged and unmerged paths
+# float32 matmuls of width ≤ 64 agree to about 1e-6 relative. Merged and unmerged paths
 # sum in different orders, and three stacked layers amplify that to about 2e-5 relative.
 ATOL = 1e-5
 RTOL = 1e-4

@@ -254,6 +254,8 @@ def test_play_stops_at_step_limit(limits):
 
     app.button(key="play").click().run()
     wait_for_step(trainer(app), 40)
+    # The thread records why it stopped just after its last step; wait for that.
+    app.session_state[session.RESOURCES].worker.join(timeout=30)
     app.run()
 
     assert trainer(app).step == 40
@@ -266,6 +268,7 @@ def test_play_after_limit_and_reset(limits):
     app = start()
     app.button(key="play").click().run()
     wait_for_step(trainer(app), 20)
+    app.session_state[session.RESOURCES].worker.join(timeout=30)
     app.run()
     assert "limit of 20 steps" in texts(app.info)
 
@@ -277,6 +280,7 @@ def test_play_after_limit_and_reset(limits):
     # 20 steps take a few milliseconds.
     new_trainer = trainer(app)
     wait_for_step(new_trainer, 20)
+    app.session_state[session.RESOURCES].worker.join(timeout=30)
     app.run()
     assert new_trainer.step == 20
     assert "limit of 20 steps" in texts(app.info)

@@ -25,7 +25,7 @@ from nora_core.trainer import TrainConfig
 
 from app.ui import live, session
 from app.ui.widgets import (build_config, config_widgets, field_widget, format_number,
-                            url_checkbox, url_selectbox)
+                            play_pause_buttons, step_button, url_checkbox, url_selectbox)
 
 DEFAULT_TASK = "nonlinear_teacher"
 TASK_LABELS = {
@@ -259,21 +259,12 @@ def run_buttons(requested: session.PlaygroundSettings | None) -> None:
                 session.reset(requested)
                 session.resources().freed_reason = None
     current = session.trainer()
-    with step:
-        eval_every = current.train_config.eval_every if current else 1
-        if st.button("Step", key="step", icon=":material/skip_next:", width="stretch",
-                     disabled=current is None,
-                     help=f"Pause and train {eval_every} steps (one validation point)."):
-            session.set_playing(False)
-            live.train_for(eval_every, None)
-    playing = session.is_playing()
-    finished = current is None or current.finished
-    play.button("Play", key="play", icon=":material/play_arrow:", width="stretch",
-                type="primary", disabled=playing or finished, on_click=session.set_playing,
-                args=(True,), help="Train continuously and update the charts live.")
-    pause.button("Pause", key="pause", icon=":material/pause:", width="stretch",
-                 disabled=not playing, on_click=session.set_playing, args=(False,),
-                 help="Stop training; the runs keep their state.")
+    if step_button(step, "step", current):
+        session.set_playing(False)
+        live.train_for(current.train_config.eval_every, None)
+    play_pause_buttons(play, pause, "", playing=session.is_playing(),
+                       finished=current is None or current.finished,
+                       set_playing=session.set_playing)
 
 
 def settings_notices(requested: session.PlaygroundSettings | None) -> None:

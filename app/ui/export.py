@@ -7,7 +7,7 @@ own thread. The callables hold only a weak reference to the session's resources,
 pending download never keeps a closed tab's trainer alive. They take the session's lock
 while they read the adapter weights.
 
-An adapter zip holds `adapter_model.safetensors`, `adapter_config.json` (see
+An adapter zip contains `adapter_model.safetensors`, `adapter_config.json` (see
 `nora_core.io`) and `task.json`, the toy task's name and config. The toy base model is a
 plain PyTorch module, not a Hugging Face model, so it is not in the zip: it is rebuilt
 from `task.json` with `make_toy_task(name, **config).base_model()`, into which

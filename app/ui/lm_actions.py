@@ -10,7 +10,7 @@ import streamlit as st
 from nora_core.fields import field_specs
 
 from app.ui import lm_live, lm_session
-from app.ui.widgets import format_number
+from app.ui.widgets import format_number, play_pause_buttons, step_button
 
 # Fields listed elsewhere in the changes, or set by the page rather than by the user.
 _HIDDEN_FIELDS = {"target_modules", "method", "max_upload_bytes", "model_name", "task"}
@@ -77,21 +77,12 @@ def run_buttons(requested: lm_session.LMSettings | None) -> None:
             else:
                 lm_session.reset(requested)
     current = lm_session.trainer()
-    with step:
-        eval_every = current.train_config.eval_every if current else 1
-        if st.button("Step", key="lm.step", icon=":material/skip_next:", width="stretch",
-                     disabled=current is None,
-                     help=f"Pause and train {eval_every} steps (one validation point)."):
-            lm_session.set_playing(False)
-            lm_live.train_for(eval_every, None, keep_slot=False)
-    playing = lm_session.is_playing()
-    finished = current is None or current.finished
-    play.button("Play", key="lm.play", icon=":material/play_arrow:", width="stretch",
-                type="primary", disabled=playing or finished, on_click=lm_session.set_playing,
-                args=(True,), help="Train continuously and update the charts live.")
-    pause.button("Pause", key="lm.pause", icon=":material/pause:", width="stretch",
-                 disabled=not playing, on_click=lm_session.set_playing, args=(False,),
-                 help="Stop training; the runs keep their state.")
+    if step_button(step, "lm.step", current):
+        lm_session.set_playing(False)
+        lm_live.train_for(current.train_config.eval_every, None, keep_slot=False)
+    play_pause_buttons(play, pause, "lm.", playing=lm_session.is_playing(),
+                       finished=current is None or current.finished,
+                       set_playing=lm_session.set_playing)
 
 
 def settings_notices(requested: lm_session.LMSettings | None) -> None:

@@ -314,3 +314,27 @@ def build_config(config_cls: type[ConfigT], values: dict[str, Any], section: str
     except ValueError as error:
         st.error(f"{section}: {error}")
         return None
+
+
+def step_button(column, key: str, trainer) -> bool:
+    """Draw the Step button in `column`; return True when it was pressed.
+
+    A step trains `eval_every` steps, so each press adds one validation point.
+    """
+    eval_every = trainer.train_config.eval_every if trainer else 1
+    with column:
+        return st.button("Step", key=key, icon=":material/skip_next:", width="stretch",
+                         disabled=trainer is None,
+                         help=f"Pause and train {eval_every} steps (one validation point).")
+
+
+def play_pause_buttons(play_column, pause_column, key_prefix: str, *, playing: bool,
+                       finished: bool, set_playing) -> None:
+    """Draw Play and Pause (keys `<prefix>play`, `<prefix>pause`) that call `set_playing`."""
+    play_column.button("Play", key=f"{key_prefix}play", icon=":material/play_arrow:",
+                       width="stretch", type="primary", disabled=playing or finished,
+                       on_click=set_playing, args=(True,),
+                       help="Train continuously and update the charts live.")
+    pause_column.button("Pause", key=f"{key_prefix}pause", icon=":material/pause:",
+                        width="stretch", disabled=not playing, on_click=set_playing,
+                        args=(False,), help="Stop training; the runs keep their state.")

@@ -114,7 +114,7 @@ def make_points(config: Classification2DConfig, n: int,
 
 
 class MLPClassifier(nn.Module):
-    """The base model: tanh MLP 2 → width → width → n_classes with layers fc_in, hidden, head."""
+    """Base model: a tanh MLP 2 → width → width → n_classes with layers fc_in, hidden, head."""
 
     def __init__(self, width: int, n_classes: int) -> None:
         super().__init__()
